@@ -52,7 +52,7 @@ from distq.transport import redis as redis_transport
 from distq.transport import redis_wire
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.redis import RedisConsumer, RedisProducer, RedisTransport
-from distq.transport.redis_scripts import ALLOW_OOM, CLAIM_BYTES, REPLY_GRACE_MS
+from distq.transport.redis_scripts import ALLOW_OOM, CLAIM_BYTES, COPY_LOOK, REPLY_GRACE_MS
 from distq.transport.redis_wire import Fixed, Script
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
@@ -521,8 +521,9 @@ def test_heartbeat_sweeps_even_when_the_queue_is_busy(
     _outlive_lease(raw, t)
     busy.heartbeat()
     assert raw.llen(queue) == 52
-    got = busy.fetch(2, timeout=0)  # the expired ones run next
-    assert [d.body for d in got] == [d.body for d in held]
+    got = busy.fetch(52, timeout=0)  # the expired ones behind those queued, in their order
+    assert [d.body for d in got[50:]] == [d.body for d in held]
+    assert [d.redelivered for d in got] == [False] * 50 + [True] * 2
 
 
 def test_a_key_of_the_queue_made_another_type_since_start_is_named(
@@ -1346,6 +1347,26 @@ def test_a_late_result_drops_the_copy_its_lapsed_lease_sent_back(
     assert results_n(producer, 1) == [b"dup"] and t.stats().in_flight == 0
 
 
+def test_a_late_result_drops_the_copy_behind_more_tasks_than_a_look_from_the_claim_end(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A lapse puts the copy behind the tasks queued: at the submit end of the ready
+    list, where a look from the claim end only did not reach past a long queue."""
+    t = open_transport(lease=0.5)
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit([b"task"])
+    stalled = t.consumer("stalled")
+    (delivery,) = stalled.fetch(1, timeout=1)
+    others = _bodies(COPY_LOOK + 1)
+    producer.submit(others)
+    _outlive_lease(raw, t)
+    t.sweep(t.client)
+    assert raw.lindex(t.ready_key, 0) == b"task"  # behind the others
+    stalled.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"ok")])
+    assert results_n(producer, 1) == [b"ok"]
+    assert raw.lrange(t.ready_key, 0, -1)[::-1] == others  # the copy is gone
+
+
 def test_a_late_dead_letter_is_not_published_when_the_claim_took_the_copy_back(
     open_transport: OpenTransport, raw: redis.Redis[bytes]
 ) -> None:
@@ -1387,7 +1408,7 @@ def test_a_late_result_is_not_run_again_when_the_claim_took_the_copy_back(
     (delivery,) = stalled.fetch(1, timeout=1)
     _outlive_lease(raw, t)
     t.sweep(t.client)  # as another slot's claim does: the lapsed lease goes back
-    assert raw.lrange(t.ready_key, 0, -1) == [b"next", b"task"]  # the copy: claimed first
+    assert raw.lrange(t.ready_key, 0, -1) == [b"task", b"next"]  # the copy: behind "next"
     done = Settlement(delivery, reply_to=producer.reply_to, result=b"ok")
     assert [d.body for d in stalled.settle_then_fetch([done], 2)] == [b"next"]
     assert raw.lrange(stalled.inflight_key, 0, -1) == [b"next"]
@@ -1407,10 +1428,10 @@ def test_a_claim_reclaims_an_expired_lease_however_long_the_backlog(
     producer.submit(_bodies(500))
     busy = t.consumer("busy")
     _outlive_lease(raw, t)
-    got = busy.fetch(2, timeout=0)  # the claim sweeps first: the expired ones run next
+    got = busy.fetch(1, timeout=0)  # the claim sweeps first: the expired ones go behind
     assert raw.llen(dead.inflight_key) == 0
-    assert [d.body for d in got] == [d.body for d in held] and all(d.redelivered for d in got)
-    assert [d.body for d in busy.fetch(1, timeout=0)] == [b"task-0"]
+    assert [d.body for d in got] == [b"task-0"]
+    assert raw.lrange(queue, 0, 1) == [d.body for d in reversed(held)]  # the oldest claimed first
 
 
 @pytest.mark.parametrize("idle_lease", [1.0, 10.0])

@@ -362,6 +362,33 @@ def test_expired_lease_goes_back_to_the_queue(
         assert time.monotonic() - started < 10  # a few lease periods, not minutes
 
 
+def test_an_expired_leases_tasks_go_behind_the_tasks_queued(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """A dead worker's tasks (its lease lapsed) run after those queued meanwhile: at the
+    front, a task that ends its worker each time it runs went to each worker that
+    started next with the tasks leased with it, and on manager 8 starts of a worker ran
+    none of 6 tasks queued with it (test_worker_misbehaving_tasks). On RabbitMQ the
+    broker puts them back at the head and the worker that gets them publishes them again
+    behind the others."""
+    producer = hosted.producer(hosted.reply_queue("behind"))
+    producer.submit([b"1", b"2", b"3"])
+    dead = remote.consumer("dies")
+    assert [d.body for d in fetch_n(dead, 2)] == [b"1", b"2"]
+    producer.submit([b"4"])
+    with worker_side(target) as other:
+        survives = other.consumer("survives")
+        until = time.monotonic() + 2.5
+        while time.monotonic() < until:  # "dies" renews nothing: its lease (1 s) lapses
+            survives.heartbeat()  # a live worker's calls (Redis: a lapse found in a gap
+            time.sleep(0.1)  # of its calls is taken for Redis frozen, its time given back)
+        again = fetch_n(survives, 4, within=15)
+        # in their order on Redis and manager; a quorum queue may requeue them the other way
+        assert [d.body for d in again[:2]] == [b"3", b"4"]
+        assert sorted(d.body for d in again[2:]) == [b"1", b"2"]
+        assert [d.redelivered for d in again] == [False, False, True, True]
+
+
 def test_a_slot_restarted_under_the_same_id_does_not_renew_the_dead_ones_lease(
     target: Target, hosted: Transport, remote: Transport
 ) -> None:

@@ -19,7 +19,7 @@ import pytest
 from distq.errors import ConnectionFailed
 from distq.transport import manager_broker
 from distq.transport.manager import ManagerProducer, ManagerTransport, _listen_error
-from distq.transport.manager_broker import BATCH_BYTES, QueueBroker
+from distq.transport.manager_broker import BATCH_BYTES, COPY_LOOK, QueueBroker
 from distq.transport.manager_wire import EXPOSED, BrokerProxy
 
 
@@ -44,7 +44,10 @@ def test_fetch_leases_and_settle_publishes() -> None:
     assert broker.stats("q") == (0, 1, 1, 1)
 
 
-def test_expired_lease_requeues_at_the_front_and_marks_redelivered() -> None:
+def test_expired_lease_requeues_behind_the_queued_tasks_and_marks_redelivered() -> None:
+    """A lapsed lease's worker died or froze, maybe for a task it held: at the front, a
+    task that ends its worker each time it runs went to each worker started next, and
+    none of the tasks queued behind it ran (test_worker_misbehaving_tasks)."""
     clock = Clock()
     broker = QueueBroker(clock)
     broker.put("q", [b"a", b"b", b"c"])
@@ -55,7 +58,29 @@ def test_expired_lease_requeues_at_the_front_and_marks_redelivered() -> None:
     clock.now += 0.02
     broker.reap()
     got = broker.fetch("q", "lives", 10, 0.1, 5.0)
-    assert [(body, again) for _, body, again in got] == [(b"a", True), (b"b", True), (b"c", False)]
+    assert [(body, again) for _, body, again in got] == [(b"c", False), (b"a", True), (b"b", True)]
+
+
+@pytest.mark.parametrize("ended", ["lapsed", "left"])
+def test_a_late_result_drops_the_copy_where_its_lease_put_it_back(ended: str) -> None:
+    """A lapsed lease's task goes behind the queue, a leaving consumer's to its front:
+    a late result of either drops that copy, though more than a look from the other end."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    others = [b"%d" % i for i in range(COPY_LOOK + 1)]
+    broker.put("q", [b"a", *others])
+    ((token, _, _),) = broker.fetch("q", "stalled", 1, 0.1, 1.0)
+    if ended == "lapsed":
+        clock.now += 1.1
+        broker.reap()
+    else:
+        broker.disconnect("stalled")
+    queued = broker.peek("q", len(others) + 1)
+    assert queued == ([*others, b"a"] if ended == "lapsed" else [b"a", *others])
+    broker.settle("q", "stalled", [(token, "r", b"result", None, 0.0, None)])
+    assert broker.get("r", 10, 0) == [b"result"]
+    assert broker.peek("q", len(others) + 1) == others
 
 
 def test_lease_left_is_the_time_until_the_last_lease_holding_tasks_lapses() -> None:

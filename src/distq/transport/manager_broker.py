@@ -384,7 +384,8 @@ LAPSED_KEPT = 10_000
 LAPSED_BYTES = 64 << 20
 #: How long a task a late settle found done is not put back when a lease of it lapses.
 DONE_SECONDS = 600.0
-#: How far from the front a late settle looks for the copy its lapsed lease sent back.
+#: How far from the back and the front a late settle looks for the copy its lapsed lease
+#: sent back.
 COPY_LOOK = 1000
 #: A consumer's settled tokens are remembered a lease (this long at least: a keeper's
 #: wait is 1 s at least) and the latest this many at least (a whole batch's: MAX_PREFETCH).
@@ -904,9 +905,10 @@ class QueueBroker:
 
     def _done_elsewhere(self, token: int, now: float) -> None:
         """The task of ``token``, whose lease lapsed, is done (its late result is out):
-        drop its copy if still queued near the front (a bounded look: a scan of a long
-        queue held the lock for seconds), and remember it for :data:`DONE_SECONDS`, so
-        that a copy leased again is not put back when that lease lapses. Lock held."""
+        drop its copy if still queued near the back, where a lapse puts it, or the front,
+        where a consumer that left does (a bounded look at each: a scan of a long queue
+        held the lock for seconds), and remember it for :data:`DONE_SECONDS`, so that a
+        copy leased again is not put back when that lease lapses. Lock held."""
         lapsed = self._lapsed.pop(token, None)
         if lapsed is None:
             return
@@ -916,6 +918,10 @@ class QueueBroker:
             self._done_bytes += len(body)
         self._done[body] = now + DONE_SECONDS  # at the end: expiries stay in order
         items = self._queues.get(queue, deque())
+        for at, (queued, _) in enumerate(itertools.islice(reversed(items), COPY_LOOK)):
+            if queued == body:
+                del items[len(items) - 1 - at]
+                return
         for at, (queued, _) in enumerate(itertools.islice(items, COPY_LOOK)):
             if queued == body:
                 del items[at]
@@ -991,12 +997,12 @@ class QueueBroker:
                 self._requeue(owner, [token for token, _, _ in leased], fresh)
 
     def disconnect(self, consumer: str) -> None:
-        """The consumer is leaving: everything it holds goes back to the front, as when
-        its lease lapses (:meth:`_end`)."""
+        """The consumer is leaving: everything it holds goes back to the front of its
+        queue (:meth:`_end`)."""
         _consumer_id(consumer, "nothing put back: it goes back as its lease lapses")
         with self._lock:
             if consumer in self._leases:
-                self._end(consumer, self._clock())
+                self._end(consumer, self._clock(), lapsed=False)
 
     # -- inspection ----------------------------------------------------------
     def peek(self, queue: str, limit: int) -> list[bytes]:
@@ -1092,14 +1098,22 @@ class QueueBroker:
         owner.deadline, owner.length, owner.given_back = self._clock() + lease, lease, False
         return owner
 
-    def _end(self, consumer: str, now: float) -> None:
-        """The lease of ``consumer`` ended: it lapsed, or its consumer left. What it held
-        goes back to the front of its queue, each remembered for a late settle of it
+    def _end(self, consumer: str, now: float, lapsed: bool) -> None:
+        """The lease of ``consumer`` ended: it ``lapsed``, or its consumer left. What it held
+        goes back to its queue, each remembered for a late settle of it
         (:meth:`settle`: its copy is dropped if still queued), but a task done meanwhile;
         the lease, with the tokens it settled, is kept a window more (a lease, 10 s at
         least) for its consumer's calls under way or sent again. A close that ran before
         its keeper's settle (the master busy) put back what that settled, and the task ran
-        twice; sent again after it, a settle's results reached the master twice. Lock held."""
+        twice; sent again after it, a settle's results reached the master twice.
+
+        A consumer that left hands back to the front of the queue (what it had not run
+        runs next); a lapsed lease's tasks go behind the tasks queued: its worker died
+        or froze, maybe for one of them, and at the front a task that ends its worker's
+        process each time it runs went to each worker that started next, which took it
+        and ended (8 starts of a worker ran none of 6 tasks queued after it). A RabbitMQ
+        consumer moves such tasks behind too
+        (:meth:`~distq.transport.rabbitmq.RabbitMQConsumer._move_behind`). Lock held."""
         owner = self._leases.pop(consumer)
         for token, (queue, body) in list(owner.held.items()):
             if body in self._done:  # its task is done: not put back again
@@ -1110,12 +1124,19 @@ class QueueBroker:
         while len(self._lapsed) > LAPSED_KEPT or self._lapsed_bytes > LAPSED_BYTES:
             _, oldest = self._lapsed.pop(next(iter(self._lapsed)))
             self._lapsed_bytes -= len(oldest)
-        self._requeue(owner, sorted(owner.held))
+        self._requeue(owner, sorted(owner.held), behind=lapsed)
         owner.window_ends = now + max(owner.length, SETTLED_SECONDS)
         self._ended[consumer] = owner
 
-    def _requeue(self, owner: _Lease, tokens: Sequence[int], fresh: Collection[int] = ()) -> None:
-        """Put ``tokens`` back, flagged redelivered but those in ``fresh`` (sent nowhere).
+    def _requeue(
+        self,
+        owner: _Lease,
+        tokens: Sequence[int],
+        fresh: Collection[int] = (),
+        behind: bool = False,
+    ) -> None:
+        """Put ``tokens`` back, at the front of their queue in their order (``behind``: at
+        its back), flagged redelivered but those in ``fresh`` (sent nowhere).
         All are taken off the lease first: one a peer sent that is not hashable (a list)
         raised with those after it put back; now none is (ValueError). In C, a call a
         token (a worker's hand-back: a hot path): a check of each token's type first
@@ -1134,10 +1155,16 @@ class QueueBroker:
                 "back as its lease lapses (another program?)"
             ) from None
         woken: dict[str, int] = {}  # one notify a queue: a notify() a task cost 1,500
-        for token, entry in zip(reversed(tokens), reversed(entries), strict=True):
+        pairs = (
+            zip(tokens, entries, strict=True)
+            if behind
+            else zip(reversed(tokens), reversed(entries), strict=True)
+        )
+        for token, entry in pairs:
             if entry is not None:
                 queue, body = entry
-                self._queue(queue).appendleft((body, token not in fresh))
+                items = self._queue(queue)
+                (items.append if behind else items.appendleft)((body, token not in fresh))
                 woken[queue] = woken.get(queue, 0) + 1
         for queue, count in woken.items():
             self._ready[queue].notify(count)
@@ -1160,7 +1187,7 @@ class QueueBroker:
             for name in [c for c, lease in self._ended.items() if lease.window_ends <= now]:
                 del self._ended[name]
             for name in [c for c, lease in self._leases.items() if lease.deadline < now]:
-                self._end(name, now)
+                self._end(name, now, lapsed=True)
             while self._delayed and self._delayed[0][0] <= now:
                 _, _, queue, body = heapq.heappop(self._delayed)
                 self._push(queue, [body])

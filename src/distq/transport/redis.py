@@ -1217,9 +1217,9 @@ class RedisConsumer(Consumer):
 
         If the in-flight list is not what the consumer holds (a sweep took it back), the
         settle by count does nothing and the acks by body follow the claim, which may
-        have taken a lapsed body back (the copy its sweep queued, at the claim end). A
-        body whose task is done (a result, no retry nor dead letter) is then acked in
-        its new delivery too and not handed out: the worker ran it again, and a task
+        have taken a lapsed body back (the copy its sweep queued behind the tasks then
+        queued). A body whose task is done (a result, no retry nor dead letter) is then
+        acked in its new delivery too and not handed out: the worker ran it again, and a task
         that held the GIL past its lease at each run ran without end (48 times, the
         tasks behind it never, lease17). One that failed runs again (the copy decides)."""
         settlements = self._unsettled(settlements)

@@ -26,7 +26,8 @@ CLOCK_KEPT_MS = 3_600_000
 CLOCK_STEP_MS = 100
 #: How long the shortest lease a sweep's caller had counts (ms), once none has it.
 SHORTEST_KEPT_MS = 60_000
-#: How far from the claim end a late settle looks for the copy its lapsed lease sent back.
+#: How far from each end of the ready list a late settle looks for the copy its lapsed
+#: lease sent back.
 COPY_LOOK = 1000
 #: About how many bytes of tasks one claim takes (one task at least, however large): a
 #: prefetch of 128 tasks of 1 MB was 128 MB held by Redis's Lua and again in its reply to

@@ -3,7 +3,7 @@
 -- marked redelivered) and its lease is removed. Returns how many of its settles by count
 -- ran (``settles_of``, see settle.lua; false: none), and forgets that count.
 
-requeue_all(KEYS[5], KEYS[1], KEYS[4])
+requeue_all(KEYS[5], KEYS[1], KEYS[4], false)
 redis.call('ZREM', KEYS[2], ARGV[1])
 local settled = redis.call('GET', settles_of(KEYS[2], ARGV[1]))
 redis.call('DEL', settles_of(KEYS[2], ARGV[1]), settles_of(KEYS[2], ARGV[1]) .. ':claims')

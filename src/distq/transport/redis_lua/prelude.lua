@@ -74,13 +74,25 @@ local function claimed(consumers, id)
   end
   return count
 end
--- LRANGE lists the newest claim first, so the oldest claim ends at the tail: runs next
-local function requeue_all(src, ready, again)
+-- A consumer's in-flight list ``src`` back to ``ready``, in the order claimed, marked
+-- redelivered: to the claim end (a consumer's close: what it had not run runs next), or
+-- ``behind`` the tasks queued (a lapsed lease: its worker died or froze, maybe for one of
+-- them; at the claim end a task that ends its worker each time it runs went to each
+-- worker started next, and none of the tasks queued behind it ran). LRANGE lists the
+-- newest claim first, so RPUSH ends the oldest at the claim end, and LPUSH of the list
+-- reversed puts it first of those behind.
+local function requeue_all(src, ready, again, behind)
   local held = redis.call('LRANGE', src, '0', '-1')
   if #held > 0 then
     writable(ready, again)
     redis.call('DEL', src)
-    push('RPUSH', ready, held)
+    if behind then
+      local oldest_first = {}
+      for i = #held, 1, -1 do oldest_first[#oldest_first + 1] = held[i] end
+      push('LPUSH', ready, oldest_first)
+    else
+      push('RPUSH', ready, held)
+    end
     push('SADD', again, held)
   end
 end
@@ -135,7 +147,7 @@ end
 local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease, spaced)
   local due = resume(consumers, clock, lease, now)
   for _, id in ipairs((due or not spaced) and redis.call('ZRANGEBYSCORE', consumers, '-inf', string.format('%d', now), 'LIMIT', '0', '100') or {}) do
-    requeue_all(prefix .. id, ready, again)
+    requeue_all(prefix .. id, ready, again, true)
     redis.call('DEL', settles_of(consumers, id), settles_of(consumers, id) .. ':claims')
     redis.call('ZREM', consumers, id)
   end

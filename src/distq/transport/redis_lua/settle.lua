@@ -9,9 +9,9 @@
 -- delivery whose lease lapsed went back to the queue (its worker stalled: stopped, paused,
 -- a task holding the GIL): its retry or dead letter would start the task again after its
 -- result, or fail a task that succeeded; the copy decides. Its result goes, and the copy
--- is dropped if it still waits near the claim end of the ready list, where the lapse put
--- it (a bounded look: a copy claimed again runs again; a scan of a long list blocked Redis
--- for seconds).
+-- is dropped if it still waits near the submit end of the ready list, where the lapse put
+-- it, or near its claim end (a bounded look at each: a copy claimed again runs again; a
+-- scan of a long list blocked Redis for seconds).
 -- Everything is published before any ack: a failure repeats.
 -- A result goes only to a list whose master is registered and live (KEYS[7]), and the
 -- list expires a grace period after that master's deadline.
@@ -87,13 +87,17 @@ if expect >= 0 then
   return 1
 end
 -- a body acked and not held (its lease lapsed), and not late with a retry or dead
--- letter: its task is done, the copy that went back is dropped if it still waits there
+-- letter: its task is done, the copy that went back is dropped if it still waits there:
+-- behind the tasks queued, where a lapse puts it, or at the claim end, where a close does
 local function done(body)
   if late[body] then return end
   late[body] = true
-  if redis.call('LPOS', KEYS[1], body, 'RANK', '-1', 'MAXLEN', COPY_LOOK) then
-    redis.call('LREM', KEYS[1], '-1', body)
-    redis.call('SREM', KEYS[4], body)
+  for _, rank in ipairs({'1', '-1'}) do
+    if redis.call('LPOS', KEYS[1], body, 'RANK', rank, 'MAXLEN', COPY_LOOK) then
+      redis.call('LREM', KEYS[1], rank, body)
+      redis.call('SREM', KEYS[4], body)
+      return
+    end
   end
 end
 local held = redis.call('LLEN', KEYS[5])
