@@ -479,7 +479,8 @@ def test_a_stopping_worker_settles_once_the_broker_is_back_within_its_drain(
             worker.signal(signal.SIGTERM)  # a warm stop: the task runs to its end
             time.sleep(5.0)  # the task ends meanwhile, its settle fails
             private_rabbitmq.ctl("start_app")
-            assert future.result(60) == "done"
+            assert future.exception(60) is None, worker.output()
+            assert future.result() == "done"
         assert worker.wait(60) == 0
         output = worker.output()
     finally:
