@@ -12,8 +12,8 @@ master in the workers. The wire itself (connections, timeouts, the worker's prox
 
 Leases are per consumer: every delivery a consumer holds shares one deadline, pushed
 back by ``fetch`` and ``heartbeat``. A reaper thread in the master puts the deliveries
-of a consumer whose deadline passed back at the front of the queue (a SIGKILLed
-worker's tasks run again within about one lease period) and moves due retries in. Each
+of a consumer whose deadline passed back behind the tasks queued (a SIGKILLed
+worker's tasks go back within about one lease period) and moves due retries in. Each
 consumer connection gets a name of its own (the worker's slot name plus a random
 suffix), so a reconnecting worker never renews a lease its earlier connection held.
 A worker settles a batch and claims its next one in a single call (``settle_fetch``):

@@ -55,9 +55,10 @@ time and ``masters`` maps result list -> its master's deadline, all in ms of the
 server's* clock (``TIME`` inside Lua), so clocks may drift freely. A claim moves tasks
 into the in-flight list and pushes the deadline in one script; ``heartbeat`` pushes it
 again. Every claim and heartbeat also sweeps (the producers do too while they wait): the
-in-flight list of every consumer past its deadline, and every due retry, go back into
-``<q>``, so an expired lease is reclaimed within about a lease however long the backlog
-is. No separate daemon. A sweep over half the shortest lease in use after the last one
+in-flight list of every consumer past its deadline (behind the tasks queued: a task
+that ends its worker each time it runs holds none of them back), and every due retry, go
+back into ``<q>``, so an expired lease is reclaimed within about a lease however long the
+backlog is. No separate daemon. A sweep over half the shortest lease in use after the last one
 (Redis was stopped, or cut off from everyone) first gives each lease that ran out
 meanwhile the time it had left, once (see ``resume`` in ``redis_lua/prelude.lua``).
 
