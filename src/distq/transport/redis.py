@@ -58,9 +58,9 @@ again. Every claim and heartbeat also sweeps (the producers do too while they wa
 in-flight list of every consumer past its deadline (behind the tasks queued: a task
 that ends its worker each time it runs holds none of them back), and every due retry, go
 back into ``<q>``, so an expired lease is reclaimed within about a lease however long the
-backlog is. No separate daemon. A sweep over half the shortest lease in use after the last one
-(Redis was stopped, or cut off from everyone) first gives each lease that ran out
-meanwhile the time it had left, once (see ``resume`` in ``redis_lua/prelude.lua``).
+backlog is. No separate daemon. A sweep over half the shortest lease in use after the
+last one (Redis was stopped, or cut off from everyone) first gives each lease that ran
+out meanwhile the time it had left, once (see ``resume`` in ``redis_lua/prelude.lua``).
 
 Masters: a master's producer registers its result list (``<job>`` is the job id, one
 per master run) in ``masters`` and renews it every few seconds (:meth:`RedisProducer.reconcile`);
@@ -1220,8 +1220,8 @@ class RedisConsumer(Consumer):
         settle by count does nothing and the acks by body follow the claim, which may
         have taken a lapsed body back (the copy its sweep queued behind the tasks then
         queued). A body whose task is done (a result, no retry nor dead letter) is then
-        acked in its new delivery too and not handed out: the worker ran it again, and a task
-        that held the GIL past its lease at each run ran without end (48 times, the
+        acked in its new delivery too and not handed out: the worker ran it again, and a
+        task that held the GIL past its lease at each run ran without end (48 times, the
         tasks behind it never, lease17). One that failed runs again (the copy decides)."""
         settlements = self._unsettled(settlements)
         if not settlements or max_count <= 0:
