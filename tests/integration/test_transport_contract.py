@@ -383,7 +383,7 @@ def test_an_expired_leases_tasks_go_behind_the_tasks_queued(
             survives.heartbeat()  # a live worker's calls (Redis: a lapse found in a gap
             time.sleep(0.1)  # of its calls is taken for Redis frozen, its time given back)
         again = fetch_n(survives, 4, within=15)
-        # in their order on Redis and manager; a quorum queue may requeue them the other way
+        # in their order on Redis and manager; RabbitMQ requeued them either way round
         assert [d.body for d in again[:2]] == [b"3", b"4"]
         assert sorted(d.body for d in again[2:]) == [b"1", b"2"]
         assert [d.redelivered for d in again] == [False, False, True, True]
