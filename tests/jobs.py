@@ -72,6 +72,16 @@ def sleep_then(seconds: float, value: object) -> object:
 
 
 @distq.task
+def wait_for_path(path: str, value: object, limit: float = 300.0) -> object:
+    """Returns ``value`` once ``path`` exists (a test's cue: the task ends when the test
+    says, whatever the host's load), or after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+@distq.task
 def leave_thread(seconds: float, daemon: bool | None = False) -> str:
     """Starts a thread that outlives the task by ``seconds``: not a daemon, or made
     without saying (``daemon`` None), as most code makes its threads."""

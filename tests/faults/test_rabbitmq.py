@@ -462,28 +462,36 @@ def test_long_tasks_in_lease_records_outlive_a_broker_restart(
 
 
 def test_a_stopping_worker_settles_once_the_broker_is_back_within_its_drain(
-    private_rabbitmq: LocalRabbitMQ,
+    private_rabbitmq: LocalRabbitMQ, tmp_path: Path
 ) -> None:
     """SIGTERM while RabbitMQ was away, the task ending before it came back: the warm
     stop's drain did not wait for the broker (RabbitMQ's consumer could not settle on a
     new connection), the worker exited with "0 ok" and the result was dropped (rmq18b).
-    It settles once the broker is back, within the drain, on a new link."""
+    It settles once the broker is back, within the drain, on a new link.
+
+    The task ends on the test's cue, once ``stop_app`` has returned, and the drain is
+    long: a 6 s task and the 20 s drain, on a loaded CI host whose ``rabbitmqctl`` calls
+    take up to 20 s each, had no result in 60 s (the task may have ended before the
+    SIGTERM, or the drain before ``start_app``)."""
     target = target_on("rabbitmq", private_rabbitmq.url)
-    worker = Distq(["worker", "--tasks", "jobs", "--concurrency", "1"], target.process_env())
+    env = target.process_env(DISTQ_DRAIN_SECONDS="150")
+    worker = Distq(["worker", "--tasks", "jobs", "--concurrency", "1"], env)
+    cue = tmp_path / "end"
     try:
         worker.wait_for(r"^Connect to rabbitmq")
-        with Executor(target.settings, task_timeout=60) as executor:
-            future = executor.submit("jobs:sleep_then", 6.0, "done")
-            worker.wait_for(r"^Get task jobs:sleep_then")
-            private_rabbitmq.ctl("stop_app")
+        with Executor(target.settings, task_timeout=180) as executor:
+            future = executor.submit("jobs:wait_for_path", str(cue), "done")
+            worker.wait_for(r"^Get task jobs:wait_for_path")
             worker.signal(signal.SIGTERM)  # a warm stop: the task runs to its end
-            time.sleep(5.0)  # the task ends meanwhile, its settle fails
+            private_rabbitmq.ctl("stop_app")
+            cue.touch()  # the task ends while RabbitMQ is away: its settle fails
+            time.sleep(2.0)
             private_rabbitmq.ctl("start_app")
-            assert future.exception(60) is None, worker.output()
+            assert future.exception(150) is None, worker.output()
             assert future.result() == "done"
         assert worker.wait(60) == 0
         output = worker.output()
     finally:
         worker.stop(grace=3.0)
     assert "worker exit. 1 ok" in output, output
-    assert output.count("Get task jobs:sleep_then") == 1, output
+    assert output.count("Get task jobs:wait_for_path") == 1, output

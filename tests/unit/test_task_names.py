@@ -73,6 +73,7 @@ def test_tasks_module_registers_every_marked_function_and_nothing_else() -> None
         "jobs:repeat",
         "jobs:say",
         "jobs:sleep_then",
+        "jobs:wait_for_path",
     ]
     assert registry.resolve("jobs:add", [1, 2], {})(1, 2) == 3
     for unmarked in ("jobs:not_a_task", "jobs:echo", "jobs:_raise"):
