@@ -87,6 +87,9 @@ class Batch:
         # the keeper's hand-back of the tasks not started failed: they may be back in the
         # queue all the same (the call ran late), so the slot starts none, hands them back
         self.rest_in_doubt = False
+        # the next task came back (it may be one that ends its worker): the slot settles
+        # the endings so far before it runs it (run_batch)
+        self.settle_first = False
 
     def admit(self, task: Task) -> bool | None:
         """Whether ``task`` may run now: True; False if its master is gone; None when its
@@ -180,9 +183,16 @@ def run_batch(
     (a cold stop), before a task whose master is to be asked (``run`` returns None:
     the delivery goes back to the front of ``waiting``), and when the keeper gave up
     on the task that ran (``batch.abandoned``: its ending is the keeper's), and once the
-    keeper's hand-back of the tasks not started failed (``batch.rest_in_doubt``). A task with
-    a time limit that returned past it, the keeper not having ended it, ends as ``late``
-    says instead of as it returned.
+    keeper's hand-back of the tasks not started failed (``batch.rest_in_doubt``), and
+    before a task that came back (flagged redelivered) once others ran
+    (``batch.settle_first``: the slot settles them, then runs on). A task with a time
+    limit that returned past it, the keeper not having ended it, ends as ``late`` says
+    instead of as it returned.
+
+    A task that came back may be one that ends its worker's process each time it runs:
+    with the tasks before it settled first, their results are not lost with it (a slot
+    settled a batch at its end, so a batch ran and lost them at each start, and those
+    tasks came back with it again).
     """
     endings = batch.endings
     started = time.perf_counter()
@@ -195,6 +205,10 @@ def run_batch(
         try:
             delivery = waiting.popleft()
         except IndexError:  # the keeper took the last one since
+            break
+        if delivery.redelivered and endings:
+            waiting.appendleft(delivery)
+            batch.settle_first = True
             break
         claim = batch.claim = [delivery]
         ending = run(delivery, batch)

@@ -718,9 +718,17 @@ class Worker:
         return len(settled)
 
     def _run(self, slot: Slot, batch: Batch) -> None:
-        """Run the batch, asking the broker about any master not known alive on the way."""
+        """Run the batch, asking the broker about any master not known alive on the way,
+        and settling what ran before a task that came back (:func:`~distq.batch.run_batch`)."""
         while True:
             run_batch(batch, self.runner.gated, self._stopping, self._abort, late=self._late)
+            if batch.settle_first:  # a task that came back is next: settle what ran first
+                batch.settle_first = False
+                with slot.lock:
+                    if slot.batch is not batch or slot.consumer is None or slot.handed_back:
+                        return
+                    self._settle(slot, batch.take_endings(), [])
+                continue
             name, batch.unchecked = batch.unchecked, None
             if name is None or batch.abandoned:
                 return

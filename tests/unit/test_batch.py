@@ -109,6 +109,28 @@ def test_a_task_of_a_master_not_known_alive_stops_the_batch_before_it() -> None:
     assert batch.admit(task("new")) is False
 
 
+def test_a_task_that_came_back_runs_once_the_tasks_before_it_are_settled() -> None:
+    """A task that came back (its worker died, or a worker handed it back) may be one
+    that ends its worker's process each time it runs; a slot settled a batch at its end,
+    so the tasks run before it in the batch lost their results with the process, and came
+    back with it, to be lost again at each start. The batch stops before it once others
+    ran, for the slot to settle them, and goes on from it after."""
+    never = threading.Event()
+    came_back = [Delivery(body=b"", tag=i, redelivered=i in (0, 2, 3)) for i in range(5)]
+    batch = Batch(came_back)
+    endings = run_batch(batch, ran, never, never, budget=ROOMY)
+    assert [e.settlement.delivery.tag for e in endings] == [0, 1]  # the first runs at once
+    assert batch.settle_first and [d.tag for d in batch.waiting] == [2, 3, 4]
+    assert [e.settlement.delivery.tag for e in batch.take_endings()] == [0, 1]  # settled
+    batch.settle_first = False
+    assert [e.settlement.delivery.tag for e in run_batch(batch, ran, never, never)] == [2]
+    assert batch.settle_first and [d.tag for d in batch.waiting] == [3, 4]
+    batch.take_endings()
+    batch.settle_first = False
+    assert [e.settlement.delivery.tag for e in run_batch(batch, ran, never, never)] == [3, 4]
+    assert not batch.settle_first and not batch.waiting
+
+
 def test_an_answer_that_a_master_is_alive_grows_old() -> None:
     now = [100.0]
     watch = MasterWatch(alive_seconds=2.0, clock=lambda: now[0])
