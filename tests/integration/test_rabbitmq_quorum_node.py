@@ -375,6 +375,34 @@ def test_heartbeats_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
     producer.close()
 
 
+def test_consumers_closing_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A stopping worker's close stops its consumer on a quorum queue as a heartbeat
+    does, and without the heartbeat's wait for the window to fill: a task published just
+    before it, its delivery still on its way when the cancel came, went back counted,
+    and at a delivery limit it was dead-lettered unrun. Each close here comes as a task
+    is pushed to the closing consumer; the next consumer must get it."""
+    _delivery_limit(node, f"^{queue}$", 0)  # dead-lettered at its first requeue
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    done = 0
+    for i in range(40):
+        closing = t.consumer("closing")  # the queue's only consumer
+        assert closing.fetch(4, 0.0) == []  # consuming, a window of 4, the queue empty
+        producer.submit([f"t{i}".encode()])
+        producer.flush()
+        closing.close()  # the stopping worker's, as the task is pushed to it
+        taker = t.consumer("taker")
+        got = fetch_n(taker, 1, within=2.0)
+        taker.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in got])
+        taker.close()
+        done += len(got)
+    time.sleep(0.5)
+    assert (done, _ready(raw, f"{queue}.dead")) == (40, 0)
+    producer.close()
+
+
 def test_a_prefetch_resize_on_an_empty_quorum_queue_does_not_wait_for_a_full_window(
     open_transport: Open, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1730,7 +1730,9 @@ class RabbitMQConsumer(Consumer):
         task held goes back so (see :meth:`_give_back`): a requeue by the close counted
         as one, and a task pushed to a few stopping workers was dead-lettered unrun at a
         delivery limit (rmq31). The consumer stops first there: the acks freed its
-        window, and the broker pushed it more tasks, for the close to requeue (counted).
+        window, and the broker pushed it more tasks, for the close to requeue (counted);
+        its cancel waits as a heartbeat's does (:meth:`_filled`), for a task on its way
+        to it, which the broker returned counted once the cancel came.
         """
         if self._try is not None:  # a link a reconnect makes from now on is closed by it
             self._try.drop()
@@ -1738,6 +1740,7 @@ class RabbitMQConsumer(Consumer):
         if self._counting and self._tag is not None and self._link.is_open:
             with contextlib.suppress(*PikaError):
                 self._link.connection.process_data_events(time_limit=0)  # held: given back
+                self._filled(self._window.size, time.monotonic() + _FILL_SECONDS)
                 self._cancel()
         partly = self._held.partly_settled() or (self._counting and len(self._held) > 0)
         records = list(self._records.bodies) if self._records is not None else []
