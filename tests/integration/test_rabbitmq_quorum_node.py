@@ -379,10 +379,11 @@ def test_consumers_closing_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
     node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
 ) -> None:
     """A stopping worker's close stops its consumer on a quorum queue as a heartbeat
-    does, and without the heartbeat's wait for the window to fill: a task published just
+    does. Without the heartbeat's wait for the window to fill, a task published just
     before it, its delivery still on its way when the cancel came, went back counted,
-    and at a delivery limit it was dead-lettered unrun. Each close here comes as a task
-    is pushed to the closing consumer; the next consumer must get it."""
+    and at a delivery limit it was dead-lettered unrun; without the cancel, the close's
+    requeue counted each task pushed to it (rmq31). Each close here comes as a task is
+    pushed to the closing consumer; the next consumer must get it."""
     _delivery_limit(node, f"^{queue}$", 0)  # dead-lettered at its first requeue
     t = open_transport(rabbitmq_queue_type="quorum")
     producer = t.producer(t.reply_queue("p"))
