@@ -727,7 +727,9 @@ class Worker:
                 with slot.lock:
                     if slot.batch is not batch or slot.consumer is None or slot.handed_back:
                         return
-                    self._settle(slot, batch.take_endings(), [])
+                    done = batch.take_endings()  # none if the keeper's hand-back came first
+                    if done:
+                        self._settle(slot, done, [])
                 continue
             name, batch.unchecked = batch.unchecked, None
             if name is None or batch.abandoned:
