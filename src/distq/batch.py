@@ -177,17 +177,17 @@ def run_batch(
 ) -> list[Ending]:
     """Run the batch's deliveries in order as far as it goes; the rest stay in ``waiting``.
 
-    It stops before the next task once ``budget`` seconds have passed (after one task at
-    least), before the next task once ``stopping`` (a warm stop) is set, before any
-    even (a batch fetched as the stop came goes back whole), at once on ``abort``
-    (a cold stop), before a task whose master is to be asked (``run`` returns None:
-    the delivery goes back to the front of ``waiting``), and when the keeper gave up
-    on the task that ran (``batch.abandoned``: its ending is the keeper's), and once the
-    keeper's hand-back of the tasks not started failed (``batch.rest_in_doubt``), and
-    before a task that came back (flagged redelivered) once others ran
-    (``batch.settle_first``: the slot settles them, then runs on). A task with a time
-    limit that returned past it, the keeper not having ended it, ends as ``late`` says
-    instead of as it returned.
+    It stops before the next task once ``budget`` seconds have passed since the batch
+    was fetched (after one task at least), before the next task once ``stopping`` (a
+    warm stop) is set, before any even (a batch fetched as the stop came goes back
+    whole), at once on ``abort`` (a cold stop), before a task whose master is to be
+    asked (``run`` returns None: the delivery goes back to the front of ``waiting``),
+    and when the keeper gave up on the task that ran (``batch.abandoned``: its ending is
+    the keeper's), and once the keeper's hand-back of the tasks not started failed
+    (``batch.rest_in_doubt``), and before a task that came back (flagged redelivered)
+    once others ran (``batch.settle_first``: the slot settles them, then runs on). A
+    task with a time limit that returned past it, the keeper not having ended it, ends
+    as ``late`` says instead of as it returned.
 
     A task that came back may be one that ends its worker's process each time it runs:
     with the tasks before it settled first, their results are not lost with it (a slot
@@ -195,12 +195,12 @@ def run_batch(
     tasks came back with it again).
     """
     endings = batch.endings
-    started = time.perf_counter()
+    started = batch.started  # the batch's, not this call's: it may be resumed (settle_first)
     waiting = batch.waiting
     while waiting:  # emptied: the usual end, with no IndexError raised (1 µs a batch)
         if abort.is_set() or stopping.is_set() or batch.rest_in_doubt:
             break
-        if endings and time.perf_counter() - started > budget:
+        if (endings or batch.endings_taken) and time.monotonic() - started > budget:
             break
         try:
             delivery = waiting.popleft()

@@ -134,6 +134,30 @@ def test_a_task_that_came_back_runs_once_the_tasks_before_it_are_settled() -> No
     assert not batch.settle_first and not batch.waiting
 
 
+def test_a_batch_of_tasks_that_came_back_still_stops_at_its_budget() -> None:
+    """Settled before each task that came back, a batch of such tasks ran one task per
+    call of ``run_batch``, each call with its budget afresh: slow tasks never went back
+    for idle workers. The budget counts from the batch's fetch."""
+    never = threading.Event()
+    budget = 0.5  # the default's logic, with room for a pause of a loaded machine
+    batch = Batch([Delivery(body=b"", tag=i, redelivered=True) for i in range(5)])
+
+    def run(delivery: Delivery, batch: Batch) -> Ending:
+        return ran(delivery, seconds=budget * 0.6)
+
+    calls = 0
+    while True:  # as the worker's _run: settle what ran, then run on
+        run_batch(batch, run, never, never, budget=budget)
+        calls += 1
+        if not batch.settle_first:
+            break
+        batch.settle_first = False
+        batch.take_endings()
+    done = batch.endings_taken + len(batch.endings)
+    assert done in (1, 2) and calls <= 2  # the third task would start past the budget
+    assert [d.tag for d in batch.take_rest()] == list(range(done, 5))  # back, for others
+
+
 def test_an_answer_that_a_master_is_alive_grows_old() -> None:
     now = [100.0]
     watch = MasterWatch(alive_seconds=2.0, clock=lambda: now[0])
